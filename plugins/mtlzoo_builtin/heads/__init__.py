@@ -1,0 +1,1 @@
+"""Built-in heads: one family per file."""

@@ -1,0 +1,1 @@
+"""Built-in strategies: one family per file."""

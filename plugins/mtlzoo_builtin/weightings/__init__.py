@@ -1,0 +1,1 @@
+"""Built-in weightings: one family per file."""
