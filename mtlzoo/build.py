@@ -69,6 +69,24 @@ def task_refs(tasks: Any) -> dict[str, Ref]:
     return out
 
 
+def _canonical(ref: Ref, backbone: Ref) -> Ref:
+    """The spec with component positions spelled as refs, so dict and string specs compare equal."""
+    def task(value: Any) -> Ref:
+        task_ref = specs.as_ref(value, "task")
+        if "head" in task_ref.kwargs:
+            task_ref = task_ref.replace(head=specs.as_ref(task_ref.kwargs["head"], "head"))
+        return task_ref
+
+    tasks = ref.kwargs["tasks"]
+    if isinstance(tasks, Mapping) and "name" not in tasks:
+        tasks = {k: task(v) for k, v in tasks.items()}
+    elif isinstance(tasks, (list, tuple)):
+        tasks = [task(v) for v in tasks]
+    else:
+        tasks = [task(tasks)]
+    return ref.replace(backbone=backbone, tasks=tasks)
+
+
 def _fitting(zoo: Zoo, kind: str, wanted: frozenset[str], attr: str) -> list[str]:
     return [e.name for e in zoo[kind].list() if wanted <= getattr(e, attr)][:12]
 
@@ -166,6 +184,7 @@ def create_model(spec: str | Mapping[str, Any] | Ref, *, zoo: Zoo | None = None,
         head_entries[name] = head_entry
 
     hyper = {k: specs.as_name(v) for k, v in kwargs.items()}
+    ref = _canonical(ref, backbone_ref)
     strategy.check_kwargs(hyper, skip=("backbone", "heads"))
     model = strategy.factory(backbone=BackboneFactory(backbone, backbone_kwargs), heads=heads, **hyper)
     if not isinstance(model, MTLModel):
@@ -218,6 +237,8 @@ def save(model: MTLModel, path: str | os.PathLike[str]) -> Path:
 def _without_pretrained(spec: dict[str, Any]) -> dict[str, Any]:
     """The weights come from the file, so do not fetch or read pretrained ones again."""
     spec = dict(spec)
+    # strategies that initialise task columns from single-task checkpoints (cross_stitch, nddr)
+    spec.pop("init_from", None)
     backbone = spec.get("backbone")
     if isinstance(backbone, dict):
         backbone = {k: v for k, v in backbone.items() if k != "pretrained_file"}

@@ -101,7 +101,7 @@ class _Parser:
             return self.list_()
         if char == "{":
             return self.dict_()
-        if char in "\"'":
+        if char and char in "\"'":
             return self.string()
         if char == "-" and self.text.startswith("-inf", self.pos):
             end = self.pos + 4
@@ -234,7 +234,7 @@ class _Parser:
         while self.peek() != "}":
             key_pos = self.pos
             char = self.peek()
-            if char in "\"'":
+            if char and char in "\"'":
                 key = self.string()
             elif char.isalpha() or char == "_":
                 key = self.name("a key")
