@@ -91,16 +91,22 @@ def _fitting(zoo: Zoo, kind: str, wanted: frozenset[str], attr: str) -> list[str
     return [e.name for e in zoo[kind].list() if wanted <= getattr(e, attr)][:12]
 
 
-def check_compatible(zoo: Zoo, strategy: Entry, backbone: Entry) -> None:
-    """Raise :class:`IncompatibleComponentsError` if the backbone lacks tags the strategy needs."""
-    missing = strategy.requires - backbone.tags
+def check_compatible(zoo: Zoo, strategy: Entry, backbone: Entry, tags: frozenset[str] | None = None,
+                     described: str | None = None) -> None:
+    """Raise :class:`IncompatibleComponentsError` if the backbone lacks tags the strategy needs.
+
+    ``tags`` are the backbone's tags for its arguments (:meth:`Entry.tags_for`), by default its
+    registered tags; ``described`` names it in the message (``timm(model=dpn48b)``).
+    """
+    tags = backbone.tags if tags is None else tags
+    missing = strategy.requires - tags
     if not missing:
         return
     fits = _fitting(zoo, "backbone", strategy.requires, "tags")
-    works = [e.name for e in zoo.strategies.list() if e.requires <= backbone.tags]
+    works = [e.name for e in zoo.strategies.list() if e.requires <= tags]
     raise IncompatibleComponentsError(
         f"strategy {strategy.name!r} needs a backbone tagged {sorted(missing)}, but backbone "
-        f"{backbone.name!r} has tags {sorted(backbone.tags) or '[]'}. Backbones that fit: "
+        f"{described or backbone.name!r} has tags {sorted(tags) or '[]'}. Backbones that fit: "
         f"{', '.join(fits) or 'none registered'}. Strategies that work with {backbone.name!r}: "
         f"{', '.join(works) or 'none'}."
     )
@@ -151,7 +157,9 @@ def create_model(spec: str | Mapping[str, Any] | Ref, *, zoo: Zoo | None = None,
     backbone = zoo.backbones.get(backbone_ref.name)
     backbone_kwargs = _plain_kwargs(backbone_ref)
     backbone.check_kwargs(backbone_kwargs)
-    check_compatible(zoo, strategy, backbone)
+    backbone_tags = backbone.tags_for(backbone_kwargs)
+    described = specs.format(backbone_ref) if backbone_tags != backbone.tags else None
+    check_compatible(zoo, strategy, backbone, backbone_tags, described)
 
     tasks, head_refs, task_entries = resolve_tasks(zoo, kwargs.pop("tasks"))
     heads: dict[str, HeadFactory] = {}
@@ -166,13 +174,19 @@ def create_model(spec: str | Mapping[str, Any] | Ref, *, zoo: Zoo | None = None,
                     f"head {head_entry.name!r} of task {name!r}: {key!r} is set by mtlzoo "
                     f"({'the task' if key == 'out' else 'the backbone'}); remove it from the head spec"
                 )
-        spatial = "spatial" in backbone.tags
+        spatial = "spatial" in backbone_tags
         if (task.dense or "dense" in head_entry.tags) and not spatial:
             dense_heads = [e.name for e in zoo.heads.list(tags=["dense"])]
             raise IncompatibleComponentsError(
                 f"task {name!r} ({task.preset}) with head {head_entry.name!r} predicts per pixel and needs "
                 f"spatial features, but backbone {backbone.name!r} is not tagged 'spatial'. Use a backbone "
                 f"such as {', '.join(_fitting(zoo, 'backbone', frozenset({'spatial'}), 'tags')[:5])}."
+            )
+        if not task.head_tags <= head_entry.tags:
+            fitting = [e.name for e in zoo.heads.list(tags=sorted(task.head_tags))]
+            raise IncompatibleComponentsError(
+                f"task {name!r} ({task.preset}) needs a head tagged {sorted(task.head_tags)}, but head "
+                f"{head_entry.name!r} has tags {sorted(head_entry.tags) or '[]'}; use one of: {', '.join(fitting)}"
             )
         if task.dense and "dense" not in head_entry.tags:
             dense_heads = [e.name for e in zoo.heads.list(tags=["dense"])]

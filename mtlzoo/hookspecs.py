@@ -30,6 +30,9 @@ replaced_by=None)``:
     marks the name deprecated: using it warns and resolves to the named replacement (or to this
     entry's own factory when the replacement is not registered).
 
+A factory may carry a ``tags_for(**kwargs)`` attribute when its tags depend on its arguments;
+the builder checks compatibility against ``tags ∩ factory.tags_for(**kwargs)``.
+
 Plugins never see each other's entries. The host records which plugin, distribution and version
 registered each name. The contract each kind of factory must meet is in :mod:`mtlzoo.model`
 (backbones, heads, strategies), :mod:`mtlzoo.task` (tasks); weightings and datasets document

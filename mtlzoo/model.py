@@ -120,7 +120,8 @@ class BackboneFactory:
 
     @property
     def tags(self) -> frozenset[str]:
-        return self.entry.tags
+        """Tags of the backbone these arguments build (see :meth:`mtlzoo.registry.Entry.tags_for`)."""
+        return self.entry.tags_for(self.kwargs)
 
     def __call__(self) -> Backbone:
         backbone = self.entry.create(**self.kwargs)

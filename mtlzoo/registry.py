@@ -12,7 +12,7 @@ import fnmatch
 import inspect
 import re
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,19 @@ class Entry:
         if self.distribution:
             return f"{self.plugin} ({self.distribution} {self.version or '?'})"
         return self.plugin
+
+    def tags_for(self, kwargs: Mapping[str, Any] | None = None) -> frozenset[str]:
+        """Tags of the component this entry builds with ``kwargs``.
+
+        Most components offer the same tags whatever their arguments: the registered ``tags``. A
+        factory whose capabilities depend on its arguments (``timm(model=...)`` is staged for some
+        models only) exposes ``factory.tags_for(**kwargs) -> set of tags``; the result is capped by
+        the registered tags, which stay the most the component can offer (what listings show).
+        """
+        hook = getattr(self.factory, "tags_for", None)
+        if hook is None:
+            return self.tags
+        return self.tags & frozenset(hook(**dict(kwargs or {})))
 
     def provenance(self) -> dict[str, Any]:
         return {"name": self.name, "plugin": self.plugin, "distribution": self.distribution,

@@ -41,6 +41,8 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:[.\-/][A-Za-z0-9_]+)*")
 _NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _KEYWORDS: dict[str, Any] = {
     "true": True, "false": False, "none": None, "null": None, "inf": math.inf, "nan": math.nan,
+    # Python's spellings, because users write them; format() writes the lower-case ones
+    "True": True, "False": False, "None": None,
 }
 _FIRST_KEYS = ("backbone", "tasks")
 

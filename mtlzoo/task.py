@@ -59,6 +59,8 @@ class Task:
     default_head: str = "linear"
     #: predictions are per pixel (needs spatial features and a dense head)
     dense: bool = False
+    #: tags the task's head must carry (the ``detect`` task needs a head tagged ``detection``)
+    head_tags: frozenset[str] = frozenset()
 
     def __init__(self, out: int | None = None) -> None:
         if out is not None and (isinstance(out, bool) or not isinstance(out, int) or out < 1):

@@ -190,7 +190,16 @@ def check_strategy(model: MTLModel, x: Tensor | None = None, *, size: int = 32) 
         assert isinstance(value, Tensor) and value.dim() == 0 and torch.isfinite(value), (
             f"extra loss {name!r} must be a finite scalar tensor"
         )
-    total = sum(o.float().mean() for o in outputs.values() if isinstance(o, Tensor))
+    def leaves(value: Any) -> list[Tensor]:  # detection heads return dicts of losses in training
+        if isinstance(value, Tensor):
+            return [value]
+        if isinstance(value, dict):
+            return [t for v in value.values() for t in leaves(v)]
+        if isinstance(value, (list, tuple)):
+            return [t for v in value for t in leaves(v)]
+        return []
+
+    total = sum(t.float().mean() for o in outputs.values() for t in leaves(o) if t.is_floating_point())
     total = total + sum(extra.values())
     model.zero_grad(set_to_none=True)
     total.backward()

@@ -81,7 +81,7 @@ def test_build_vector_model_defaults_to_its_feature_count(capsys):
     ],
 )
 def test_mistakes_exit_2_with_one_message(capsys, argv, words):
-    code, out, err = run(capsys, *argv)
+    code, _, err = run(capsys, *argv)
     assert code == 2
     assert words in err
     assert "Traceback" not in err
@@ -89,7 +89,7 @@ def test_mistakes_exit_2_with_one_message(capsys, argv, words):
 
 
 def test_console_script_exits_nonzero_without_traceback():
-    exe = shutil.which("mtlzoo") or str((__import__("pathlib").Path(sys.executable).parent / "mtlzoo"))
+    exe = shutil.which("mtlzoo") or str(__import__("pathlib").Path(sys.executable).parent / "mtlzoo")
     proc = subprocess.run([exe, "build", "hrad(backbone=tiny, tasks=[cls:10])"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "hard" in proc.stderr and "Traceback" not in proc.stderr

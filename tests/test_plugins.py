@@ -95,7 +95,7 @@ def test_hook_without_hookimpl_is_an_error():
     def mtlzoo_register_heads(register):
         pass
 
-    with pytest.raises(PluginLoadError, match="without @mtlzoo.hookimpl"):
+    with pytest.raises(PluginLoadError, match=r"without @mtlzoo\.hookimpl"):
         collect_registrations(module_plugin(mtlzoo_register_heads=mtlzoo_register_heads), "undecorated")
 
 

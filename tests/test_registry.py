@@ -99,7 +99,7 @@ def test_recorded_conflict_makes_the_name_unusable_but_not_others():
     reg.add(entry("hard", plugin="first"))
     reg.add(entry("soft", plugin="first"))
     reg.add(entry("hard", plugin="second"), on_conflict="record")
-    with pytest.raises(DuplicateComponentError, match="first.*second"):
+    with pytest.raises(DuplicateComponentError, match=r"first.*second"):
         reg.get("hard")
     assert reg.get("soft").plugin == "first"
     # a third claimant joins the conflict rather than winning it

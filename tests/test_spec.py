@@ -79,7 +79,8 @@ def test_punctuation_soup_parses_or_raises_spec_syntax_error(text):
 
 def test_the_design_examples():
     ref = parse("mtan(backbone=resnet50, tasks=[seg:13, depth, normal])")
-    assert ref == Ref("mtan", {"backbone": Ref("resnet50"), "tasks": [Ref("seg", {"out": 13}), Ref("depth"), Ref("normal")]})
+    tasks = [Ref("seg", {"out": 13}), Ref("depth"), Ref("normal")]
+    assert ref == Ref("mtan", {"backbone": Ref("resnet50"), "tasks": tasks})
     ref = parse("cross_stitch(backbone=timm(model=convnext_atto), tasks=[cls:10, binary], alpha=0.9)")
     assert ref.kwargs["alpha"] == 0.9
     assert as_name(ref.kwargs["backbone"].kwargs["model"]) == "convnext_atto"
@@ -102,6 +103,12 @@ def test_scalars():
     )
     assert isinstance(parse("1"), int) and isinstance(parse("1.0"), float)
     assert math.isnan(parse("nan"))
+
+
+def test_python_spellings_of_booleans_and_none():
+    assert parse("timm(model=resnet50, pretrained=False, x=True, y=None)").kwargs == {
+        "model": Ref("resnet50"), "pretrained": False, "x": True, "y": None}
+    assert format(parse("f(a=False)")) == "f(a=false)"
 
 
 def test_names_may_carry_dots_and_hyphens_for_external_model_names():

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtlzoo import hookimpl
+from mtlzoo.errors import InvalidArgumentError
 from mtlzoo.task import LOWER, Metric, Task, select, zero_loss
 
 
@@ -24,6 +25,11 @@ class RegressionMetric(Metric):
         self.sums = torch.zeros(3, dtype=torch.float64)  # [sum |e|, sum e^2, n]
 
     def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
+        if pred.numel() != target.numel() or pred.shape[0] != target.shape[0]:
+            raise InvalidArgumentError(
+                f"regression metrics: predictions {tuple(pred.shape)} and targets {tuple(target.shape)} "
+                "do not match (one target per output)"
+            )
         pred, target = select(mask, pred.detach(), target)
         err = (pred.double().reshape(target.shape) - target.double()).reshape(-1)
         n = torch.tensor(err.numel(), dtype=torch.float64, device=err.device)

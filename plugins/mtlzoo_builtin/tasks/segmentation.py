@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtlzoo import hookimpl
+from mtlzoo.errors import InvalidArgumentError
 from mtlzoo.task import HIGHER, Metric, Task, select, zero_loss
 
 
@@ -28,6 +29,13 @@ class ConfusionMetric(Metric):
         self.matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.float64)
 
     def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
+        if target.dim() == 4 and target.shape[1] == 1:
+            target = target[:, 0]
+        if pred.dim() != 4 or target.shape != (pred.shape[0], *pred.shape[2:]):
+            raise InvalidArgumentError(
+                f"seg metrics: expected predictions [B, C, H, W] and targets [B, H, W], got "
+                f"{tuple(pred.shape)} and {tuple(target.shape)}"
+            )
         pred, target = select(mask, pred.detach(), target)
         labels = pred.argmax(1).reshape(-1)
         target = target.reshape(-1).long()
