@@ -42,8 +42,14 @@ def list_components(kind: str, pattern: str = "*", **filters: Any) -> list[str]:
 def create_dataset(spec: Any, split: str = "train", *, zoo: Zoo | None = None) -> Any:
     """Build a registered dataset from a spec string or dict, e.g. ``"multidigits(size=500)"``."""
     from mtlzoo import spec as specs
+    from mtlzoo.errors import InvalidArgumentError
     from mtlzoo.plugins import default_zoo
 
     ref = specs.coerce(spec)
+    if "split" in ref.kwargs:
+        raise InvalidArgumentError(
+            f"dataset spec {specs.format(ref)!r} sets split=; pass the split as the argument instead, "
+            f"as in create_dataset({ref.name!r}, split={specs.as_name(ref.kwargs['split'])!r})"
+        )
     entry = (zoo or default_zoo()).datasets.get(ref.name)
     return entry.create(split=split, **{k: specs.as_name(v) for k, v in ref.kwargs.items()})
