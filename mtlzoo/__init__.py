@@ -8,18 +8,23 @@ from __future__ import annotations
 from typing import Any
 
 from mtlzoo import errors
+from mtlzoo.aggregate import aggregate
 from mtlzoo.build import create_model, load, save
 from mtlzoo.hookspecs import hookimpl
 from mtlzoo.model import MTLModel
 from mtlzoo.plugins import plugins
 from mtlzoo.registry import Zoo
+from mtlzoo.train import TrainConfig, Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MTLModel",
+    "TrainConfig",
+    "Trainer",
     "Zoo",
     "__version__",
+    "aggregate",
     "create_dataset",
     "create_model",
     "errors",

@@ -1,6 +1,6 @@
 """The ``mtlzoo`` command line.
 
-``mtlzoo plugins | list | info | build``. A user's mistake (a misspelled name, a malformed spec)
+``mtlzoo plugins | list | info | build | train``. A user's mistake (a misspelled name, a malformed spec)
 prints one message and exits with status 2; no traceback.
 """
 
@@ -10,7 +10,7 @@ import argparse
 import inspect
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from mtlzoo.errors import InvalidArgumentError, MtlzooError
@@ -152,7 +152,49 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------------------- main
+def cmd_train(args: argparse.Namespace) -> int:
+    from mtlzoo.train.config import TrainConfig
+    from mtlzoo.train.trainer import Trainer, single_task_baselines
+
+    overrides = list(args.override or [])
+    for key in ("model", "data", "weighting", "epochs", "batch_size", "lr", "run_dir", "baseline", "seed", "device"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.resume:
+        overrides.append("resume=true")
+    if args.no_progress:
+        overrides.append("progress=false")
+    config = TrainConfig.load(args.config, overrides)
+    if args.single_task:
+        out = single_task_baselines(config)
+        print(f"single-task baselines written to {config.run_dir}/baselines.json")
+        for task, metrics in out["results"].items():
+            print(f"  {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return 0
+    trainer = Trainer(config)
+    final = trainer.fit()
+    if trainer.is_main:
+        print()
+        print(trainer.results_markdown(final))
+        summary = final["summary"]
+        if "delta_p" in summary:
+            print(f"\nΔp (LibMTL, higher is better): {summary['delta_p']:+.2f}%   "
+                  f"Δm% (Nash-MTL/FAMO, lower is better): {summary['delta_m']:+.2f}%")
+        else:
+            print("\n(no single-task baseline given: run `mtlzoo train --single-task` and pass --baseline "
+                  "RUN_DIR/baselines.json for Δm)")
+        print(f"\nrun directory: {trainer.run_dir} (report.md, plots, metrics.jsonl, TensorBoard, checkpoints)")
+    return 0
+
+
+def cmd_affinity(args: argparse.Namespace) -> int:
+    """Task affinity (gradient, lookahead, data, performance), groups and heatmaps into a run directory."""
+    from mtlzoo.affinity.run import run_command
+
+    return run_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtlzoo", description="Multi-task learning architecture zoo")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -182,13 +224,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_build)
 
-    for extra in _extra_commands:
-        extra(sub)
+    p = sub.add_parser("train", help="train a multi-task model (default: the bundled multidigits data)")
+    p.add_argument("--config", help="YAML config file (keys as in TrainConfig)")
+    p.add_argument("-o", "--override", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--model", help="model spec; tasks default to the dataset's")
+    p.add_argument("--data", help="dataset spec, e.g. multidigits or 'nyuv2(root=/data/nyuv2)'")
+    p.add_argument("--weighting", help="weighting spec, e.g. ew, uw, 'cagrad(c=0.4)'")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--run-dir", dest="run_dir", help="where logs, plots, report and checkpoints go")
+    p.add_argument("--baseline", help="baselines.json from `mtlzoo train --single-task`, for Δm")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--single-task", dest="single_task", action="store_true",
+                   help="train one single-task model per task and write RUN_DIR/baselines.json")
+    p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+
+
+    p = sub.add_parser("affinity", help="which tasks help each other: affinity matrices, groups and heatmaps")
+    p.add_argument("--data", help="dataset spec (default: multidigits)")
+    p.add_argument("--model", help="model spec; tasks default to the dataset's")
+    p.add_argument("--weighting", help="weighting of the training run (a Gram-based one supplies the gradient cosine)")
+    p.add_argument("--methods", default="gradient,lookahead,data",
+                   help="comma-separated: gradient, lookahead, data, performance (default: gradient,lookahead,data; "
+                        "performance trains T + T(T-1)/2 models)")
+    p.add_argument("--steps", type=int, default=300, help="training steps for gradient/lookahead (default 300)")
+    p.add_argument("--every", type=int, default=10, help="measure every K steps (TAG: 10)")
+    p.add_argument("--groups", type=int, default=2, help="choose at most K groups (default 2)")
+    p.add_argument("--no-overlap", dest="no_overlap", action="store_true",
+                   help="groups form a partition (default: TAG's selection, a task may sit in several groups)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs of each single-task and pair run (performance)")
+    p.add_argument("--performance-results", dest="performance_results", metavar="FILE",
+                   help="JSON with single, pairs and directions (as performance_runs.json) instead of training")
+    p.add_argument("--lookahead-lr", dest="lookahead_lr", type=float,
+                   help="fixed lookahead step size (default: the optimiser's current learning rate)")
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--config", help="YAML config file (keys as in TrainConfig)")
+    p.add_argument("-o", "--override", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--run-dir", dest="run_dir", default="runs/affinity", help="where matrices, heatmaps and runs go")
+    p.add_argument("--progress", action="store_true", help="show a progress bar while training")
+    p.set_defaults(func=cmd_affinity)
+
     return parser
-
-
-#: functions ``(subparsers) -> None`` adding commands from other modules (train, bench, ...)
-_extra_commands: list[Callable[[Any], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,7 +50,8 @@ def _stage(cin: int, cout: int, upsample: bool) -> nn.Sequential:
 class SemanticFPNHead(nn.Module):
     """FPN over every level, per-level upsampling branches summed at the finest level, 1x1 classifier."""
 
-    def __init__(self, feature_info: FeatureInfo, out: int, fpn_channels: int = 256, channels: int = 128) -> None:
+    def __init__(self, feature_info: FeatureInfo, out: int, fpn_channels: int | None = None,
+                 channels: int | None = None) -> None:
         super().__init__()
         if out is None or isinstance(out, bool) or not isinstance(out, int) or out < 1:
             raise InvalidArgumentError(f"head 'fpn' needs a positive output size, got out={out!r}")
@@ -59,6 +60,12 @@ class SemanticFPNHead(nn.Module):
                 "head 'fpn' is a dense head and needs spatial features [B, C, H, W]; the backbone gives vectors. "
                 "Use a 'linear' or 'mlp' head, or a backbone tagged 'spatial'."
             )
+        # Panoptic FPN's 256/128 on a ResNet-50 (2048 channels); narrower backbones get a lighter
+        # decoder in proportion, so the head does not dwarf a small network
+        if fpn_channels is None:
+            fpn_channels = min(256, max(32, max(feature_info.channels) // 8))
+        if channels is None:
+            channels = fpn_channels // 2
         fpn_channels, channels = _positive("fpn_channels", fpn_channels), _positive("channels", channels)
         self.fpn = FeaturePyramidNetwork(list(feature_info.channels), fpn_channels)
         finest = min(feature_info.reductions)

@@ -87,7 +87,7 @@ class DepthTask(Task):
     """Per-pixel depth regression with L1 on measured pixels (depth 0 = no measurement)."""
 
     preset = "depth"
-    default_head = "fcn"
+    default_head = "fpn"  # multi-scale: works on stride-32 backbones, where FCN on the last level cannot
     dense = True
 
     def __init__(self, out: int = 1) -> None:
@@ -176,7 +176,7 @@ class NormalTask(Task):
     """Surface normals, trained with ``1 − cos`` between normalised prediction and target."""
 
     preset = "normal"
-    default_head = "fcn"
+    default_head = "fpn"  # multi-scale: works on stride-32 backbones, where FCN on the last level cannot
     dense = True
 
     def __init__(self, out: int = 3) -> None:

@@ -61,7 +61,7 @@ class ConfusionMetric(Metric):
 
 class SegmentationTask(Task):
     preset = "seg"
-    default_head = "fcn"
+    default_head = "fpn"  # multi-scale: works on stride-32 backbones, where FCN on the last level cannot
     dense = True
 
     def __init__(self, out: int, ignore_index: int = -1) -> None:
