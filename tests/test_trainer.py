@@ -202,7 +202,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("sharding", ["replicated", "fsdp"])
+def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path, sharding):
     # no batch-dependent layer anywhere (GroupNorm backbone, pooled heads): the split cannot matter
     model = "hard(backbone=tiny(widths=[8, 16], norm=group), tasks={left: cls:10, right: cls:10, sum: regression})"
     common = ["-o", f"model={model}", "-o", "data=multidigits(size=64)", "-o", "epochs=1", "-o", "progress=false",
@@ -211,7 +212,8 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                           "--master-port", str(_free_port()), "-m", "mtlzoo", "train", *common,
-                          "-o", "batch_size=8", "--run-dir", str(tmp_path / "two")],
+                          "-o", "batch_size=8", "-o", f"fsdp={str(sharding == 'fsdp').lower()}",
+                          "--run-dir", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     single = [c for c in common if c != "-o"] + ["batch_size=16", f"run_dir={tmp_path / 'one'}"]
@@ -225,3 +227,19 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path)
     two_results = json.loads((tmp_path / "two" / "results.json").read_text())["results"]
     # metrics are reduced across ranks: the two-process evaluation saw the whole validation split
     assert two_results["left"]["accuracy"] == pytest.approx(one_results["left"]["accuracy"], abs=0.05)
+    # the final model is written unsharded and loads in one process
+    import mtlzoo
+
+    loaded = mtlzoo.load(tmp_path / "two" / "model.safetensors")
+    torch.testing.assert_close(loaded.state_dict()["heads.left.fc.weight"], b["model"]["heads.left.fc.weight"])
+
+
+def test_fsdp_refuses_gradient_methods_and_a_single_process(tmp_path):
+    with pytest.raises(MtlzooError, match="torchrun"):
+        Trainer(small(tmp_path, fsdp=True)).setup()
+    from mtlzoo.plugins import default_zoo
+    from mtlzoo.train import fsdp
+
+    with pytest.raises(MtlzooError, match="use a loss-based weighting"):
+        fsdp.check_supported(default_zoo().weightings.get("pcgrad").factory(num_tasks=2), distributed=True)
+    fsdp.check_supported(default_zoo().weightings.get("uw").factory(num_tasks=2), distributed=True)

@@ -55,6 +55,7 @@ class TrainConfig:
     sampler: str = "all"
     temperature: float = 2.0
     representation: bool = False
+    fsdp: bool = False
     update_every: int = 1
     nan_policy: str = "skip"
     checkpoint_every: int = 0

@@ -43,6 +43,17 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def average_grads(parameters: list[nn.Parameter]) -> None:
+    """Average the ``.grad`` of a few parameters across ranks (a missing grad counts as zero)."""
+    if world_size() == 1:
+        return
+    for p in parameters:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world_size()
+
+
 def broadcast_state(module: nn.Module) -> None:
     """Make every rank's parameters and buffers equal to rank 0's."""
     if world_size() == 1:

@@ -25,6 +25,7 @@ from mtlzoo.build import create_model
 from mtlzoo.errors import MtlzooError
 from mtlzoo.plugins import default_zoo
 from mtlzoo.train import distributed as dist_utils
+from mtlzoo.train import fsdp
 from mtlzoo.train.checkpoint import load_checkpoint, preflight, rng_state, save_checkpoint, set_rng_state
 from mtlzoo.train.config import TrainConfig
 from mtlzoo.train.delta import delta_m, delta_p
@@ -106,8 +107,12 @@ class Trainer:
         ).to(self.device)
         from mtlzoo.train.engine import GradientEngine
 
+        if cfg.fsdp:
+            fsdp.check_supported(self.weighting, self.distributed)
+            fsdp.shard(self.model)
+        # under FSDP the sharded backward averages the gradients; otherwise the engine does
         self.engine = GradientEngine(self.model, self.weighting, representation=cfg.representation,
-                                     update_every=cfg.update_every)
+                                     update_every=cfg.update_every, distributed=False if cfg.fsdp else "auto")
         self.forward_model = torch.compile(self.model) if cfg.compile else self.model
 
         from mtlzoo.train.loaders import make_eval_loader, make_train_loader
@@ -224,7 +229,9 @@ class Trainer:
                                      {k: v * scale for k, v in extra.items()})
         if accumulate:
             return {"losses": losses, **stats}
-        # under torch.distributed the engine has already averaged the gradients across ranks
+        if self.config.fsdp:  # FSDP averaged the model's gradients; the weighting's own are local
+            dist_utils.average_grads(list(self.weighting.extra_parameters()))
+        # otherwise, under torch.distributed the engine has already averaged the gradients
         if self.config.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
         self.optimizer.step()
@@ -365,12 +372,13 @@ class Trainer:
             if self.is_main:
                 signal.signal(signal.SIGTERM, previous)
         final = {"results": results, "summary": {**summary, "train_seconds": elapsed}, "epochs": self.epoch}
+        full = fsdp.full_model_state(self.model) if self.config.fsdp else None
         if self.is_main:
-            self._finish(final)
+            self._finish(final, full)
         self.logger.close()
         return final
 
-    def _finish(self, final: dict[str, Any]) -> None:
+    def _finish(self, final: dict[str, Any], full_state: dict[str, Any] | None = None) -> None:
         (self.run_dir / "results.json").write_text(json.dumps(final, indent=2))
         plots = plot_run(self.run_dir, self.task_names) if self.config.plots else []
         spec = specs.format(specs.from_dict(self.model.spec))
@@ -379,7 +387,11 @@ class Trainer:
                      summary=final["summary"], plots=plots)
         from mtlzoo.build import save as save_model
 
-        save_model(self.model, self.run_dir / "model.safetensors")
+        model = self.model
+        if full_state is not None:  # sharded: write an unsharded copy that loads anywhere
+            model = create_model(self.model.spec)
+            model.load_state_dict(full_state)
+        save_model(model, self.run_dir / "model.safetensors")
 
     def _print_epoch(self, results: dict[str, dict[str, float]], summary: dict[str, float]) -> None:
         if not self.is_main or not self.config.progress:
@@ -401,8 +413,12 @@ class Trainer:
 
     # --------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
+        if self.config.fsdp:
+            model_state, optimizer_state = fsdp.full_state(self.model, self.optimizer)
+        else:
+            model_state, optimizer_state = self.model.state_dict(), self.optimizer.state_dict()
         return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": model_state, "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(), "weighting": self.weighting.state_dict(),
             "engine": self.engine.state_dict(),
             "loader": self.train_loader.state_dict(), "rng": rng_state(),
@@ -412,10 +428,14 @@ class Trainer:
         }
 
     def save(self, tag: str) -> Path | None:
+        """Write a checkpoint from rank 0 (every rank calls this: FSDP gathers the full state)."""
+        if not self.is_main and not self.config.fsdp:
+            return None
+        state = self.state_dict()
         if not self.is_main:
             return None
         path = self.run_dir / f"{tag}.pt"
-        save_checkpoint(self.state_dict(), path)
+        save_checkpoint(state, path)
         return path
 
     def _resume(self) -> None:
@@ -425,8 +445,11 @@ class Trainer:
                 f"checkpoint {str(self.run_dir / 'last.pt')!r} was written for model "
                 f"{specs.format(specs.from_dict(state['spec']))}, not {specs.format(specs.from_dict(self.model.spec))}"
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.config.fsdp:
+            fsdp.load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.weighting.load_state_dict(state["weighting"])
         self.engine.load_state_dict(state["engine"])
