@@ -1,6 +1,6 @@
 """The ``mtlzoo`` command line.
 
-``mtlzoo plugins | list | info | build | train``. A user's mistake (a misspelled name, a malformed spec)
+``mtlzoo plugins | list | info | build | train | affinity``. A user's mistake (a misspelled name, a malformed spec)
 prints one message and exits with status 2; no traceback.
 """
 
@@ -153,14 +153,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mtlzoo.train.config import TrainConfig
+    from mtlzoo.train.config import TrainConfig, overrides_from_args
     from mtlzoo.train.trainer import Trainer, single_task_baselines
 
-    overrides = list(args.override or [])
-    for key in ("model", "data", "weighting", "epochs", "batch_size", "lr", "run_dir", "baseline", "seed", "device"):
-        value = getattr(args, key)
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    overrides = overrides_from_args(args, ("model", "data", "weighting", "epochs", "batch_size", "lr", "run_dir",
+                                           "baseline", "seed", "device"))
     if args.resume:
         overrides.append("resume=true")
     if args.no_progress:
@@ -242,8 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train one single-task model per task and write RUN_DIR/baselines.json")
     p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
-
-
 
     p = sub.add_parser("affinity", help="which tasks help each other: affinity matrices, groups and heatmaps")
     p.add_argument("--data", help="dataset spec (default: multidigits)")

@@ -129,6 +129,16 @@ class TrainConfig:
         return out
 
 
+def overrides_from_args(args: Any, keys: tuple[str, ...]) -> list[str]:
+    """``-o key=value`` items, then one ``key=value`` per command-line option in ``keys`` that was given."""
+    overrides = list(getattr(args, "override", None) or [])
+    for key in keys:
+        value = getattr(args, key, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return overrides
+
+
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """``["lr=3e-4", "model=hard(backbone=tiny)"]`` -> dict; values use the spec grammar, and a
     value that is not valid spec syntax is kept as a plain string (paths, names)."""
