@@ -144,3 +144,11 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
     assert state["step"] == 2
     final = Trainer(config(tmp_path, epochs=2, resume=True)).fit()
     assert final["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_compiled_forward_trains_like_eager(tmp_path):
+    eager = one_step(Trainer(config(tmp_path / "eager")))
+    compiled = one_step(Trainer(config(tmp_path / "compiled", compile=True)))
+    for key, value in eager.items():
+        torch.testing.assert_close(compiled[key], value, rtol=1e-4, atol=1e-5, msg=key)
