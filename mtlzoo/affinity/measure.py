@@ -25,6 +25,8 @@ from mtlzoo.errors import InvalidArgumentError, suggestion
 from mtlzoo.weighting import Weighting
 
 TRAINING_METHODS = ("gradient", "lookahead")
+#: affinity runs train in the background of a measurement: no progress bars, TensorBoard or plots
+QUIET = {"progress": False, "tensorboard": False, "plots": False}
 
 
 def _positive(name: str, value: Any, allow_none: bool = True) -> None:
@@ -38,13 +40,7 @@ def _make_trainer(config: Any, overrides: Mapping[str, Any]) -> Any:
     from mtlzoo.train.config import TrainConfig
     from mtlzoo.train.trainer import Trainer
 
-    if config is None:
-        config = TrainConfig(**{"progress": False, "tensorboard": False, "plots": False, **overrides})
-    elif isinstance(config, Mapping):
-        config = TrainConfig.from_dict({**config, **overrides})
-    elif overrides:
-        config = TrainConfig.from_dict({**config.to_dict(), **overrides})
-    return Trainer(config)
+    return Trainer(TrainConfig.coerce(QUIET if config is None else config, **overrides))
 
 
 def engine_gram_usable(weighting: Weighting, representation: bool) -> tuple[bool, str]:

@@ -31,6 +31,7 @@ import numpy as np
 
 from mtlzoo import spec as specs
 from mtlzoo.affinity.matrix import AffinityMatrix
+from mtlzoo.affinity.measure import QUIET
 from mtlzoo.errors import InvalidArgumentError
 from mtlzoo.train.delta import delta_m
 
@@ -107,12 +108,7 @@ def train_pairs(config: Any = None, tasks: Sequence[str] | None = None, *,
     from mtlzoo.train.config import TrainConfig
     from mtlzoo.train.trainer import Trainer
 
-    if config is None:
-        config = TrainConfig(**{"progress": False, "tensorboard": False, "plots": False, **overrides})
-    elif isinstance(config, Mapping):
-        config = TrainConfig.from_dict({**config, **overrides})
-    elif overrides:
-        config = TrainConfig.from_dict({**config.to_dict(), **overrides})
+    config = TrainConfig.coerce(QUIET if config is None else config, **overrides)
     ref = specs.coerce(config.model)
     if "tasks" in ref.kwargs:
         available = {name: r for name, r in task_refs(ref.kwargs["tasks"]).items()}

@@ -54,6 +54,17 @@ def _annotate(ax: Any, values: np.ndarray, scale: float, fmt: str, fontsize: flo
                 style="italic" if diagonal and r == c else "normal")
 
 
+def _finish(plt: Any, fig: Any, ax: Any, image: Any, path: str | Path, dpi: int) -> Path:
+    """Colour bar, layout, write the PNG, free the figure."""
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    bar.ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_affinity(matrix: AffinityMatrix | np.ndarray, path: str | Path, *, title: str | None = None,
                   tasks: list[str] | None = None, dpi: int = 100) -> Path:
     """A heatmap of ``matrix`` (rows: source task i, columns: target task j) with the value in
@@ -87,13 +98,7 @@ def plot_affinity(matrix: AffinityMatrix | np.ndarray, path: str | Path, *, titl
     else:
         ax.set(xlabel="target task j", ylabel="source task i")
     ax.set_title(title or TITLES.get(m.kind, f"{m.kind} affinity"), fontsize=11)
-    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    bar.ax.tick_params(labelsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, image, path, dpi)
 
 
 def plot_groups(matrix: AffinityMatrix | np.ndarray, grouping: Grouping, path: str | Path, *,
@@ -128,10 +133,4 @@ def plot_groups(matrix: AffinityMatrix | np.ndarray, grouping: Grouping, path: s
     heading = title or (f"{G} group{'s' if G != 1 else ''} from {m.kind} affinity, score {grouping.score:.3g}\n"
                         f"({grouping.method} TAG selection{', groups may overlap' if grouping.overlap else ''})")
     ax.set_title(heading, fontsize=10)
-    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    bar.ax.tick_params(labelsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, image, path, dpi)

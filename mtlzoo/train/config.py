@@ -103,6 +103,15 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
+    def coerce(cls, config: TrainConfig | dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
+        """A config from nothing, a dict or a config, with ``overrides`` applied over it."""
+        if config is None:
+            return cls.from_dict(overrides)
+        if isinstance(config, dict):
+            return cls.from_dict({**config, **overrides})
+        return cls.from_dict({**config.to_dict(), **overrides}) if overrides else config
+
+    @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
         """Read a YAML file (optional), then apply ``key=value`` overrides."""
         values: dict[str, Any] = {}

@@ -32,8 +32,8 @@ class StepLoader:
         if state["epoch"] != epoch or (state.get("position", state.get("step", 0)) == 0):
             self.inner.set_epoch(epoch)
 
-    def iterate(self, start: int = 0) -> Iterator[list[dict[str, Any]]]:
-        """Batches from the loader's current position (``start`` is informational)."""
+    def iterate(self) -> Iterator[list[dict[str, Any]]]:
+        """Batches from the loader's current position (mid-epoch after a resume)."""
         for item in self.inner:
             yield item if self.multi else [item]
 

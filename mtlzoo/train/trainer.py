@@ -34,6 +34,11 @@ from mtlzoo.train.report import plot_run, results_table, write_report
 from mtlzoo.train.schedule import make_optimizer, make_scheduler
 
 
+def scored(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The metrics with a direction, without the evaluation loss that ``evaluate`` adds."""
+    return {task: {k: v for k, v in metrics.items() if k != "loss"} for task, metrics in results.items()}
+
+
 class NonFiniteLossError(MtlzooError):
     """A loss became NaN or infinite and the policy is to stop."""
 
@@ -54,13 +59,7 @@ class Trainer:
     """Train a multi-task model described by a :class:`TrainConfig`."""
 
     def __init__(self, config: TrainConfig | dict[str, Any] | None = None, **overrides: Any) -> None:
-        if config is None:
-            config = TrainConfig(**overrides)
-        elif isinstance(config, dict):
-            config = TrainConfig.from_dict({**config, **overrides})
-        elif overrides:
-            config = TrainConfig.from_dict({**config.to_dict(), **overrides})
-        self.config = config
+        self.config = config = TrainConfig.coerce(config, **overrides)
         self.run_dir = Path(config.run_dir)
         self._setup_done = False
 
@@ -254,7 +253,7 @@ class Trainer:
         total_batches = self.steps_per_epoch * cfg.grad_accum
         progress = self._progress(total_batches, f"epoch {self.epoch + 1}/{cfg.epochs}", initial=self.batch_in_epoch)
         log_every = max(1, self.steps_per_epoch // 10)
-        for batches in self.train_loader.iterate(start=self.batch_in_epoch):
+        for batches in self.train_loader.iterate():
             if self.batch_in_epoch >= total_batches:
                 break
             self.batch_in_epoch += 1
@@ -326,9 +325,9 @@ class Trainer:
     def summarize(self, results: dict[str, dict[str, float]]) -> dict[str, float]:
         summary: dict[str, float] = {"val_loss": sum(r["loss"] for r in results.values())}
         if self.baseline is not None:
-            scored = {t: {k: v for k, v in r.items() if k != "loss"} for t, r in results.items()}
-            summary["delta_p"] = delta_p(scored, self.baseline, self.directions)
-            summary["delta_m"] = delta_m(scored, self.baseline, self.directions)
+            metrics = scored(results)
+            summary["delta_p"] = delta_p(metrics, self.baseline, self.directions)
+            summary["delta_m"] = delta_m(metrics, self.baseline, self.directions)
         return summary
 
     # ------------------------------------------------------------------------------- the run
@@ -382,8 +381,7 @@ class Trainer:
         (self.run_dir / "results.json").write_text(json.dumps(final, indent=2))
         plots = plot_run(self.run_dir, self.task_names) if self.config.plots else []
         spec = specs.format(specs.from_dict(self.model.spec))
-        scored = {t: {k: v for k, v in r.items() if k != "loss"} for t, r in final["results"].items()}
-        write_report(self.run_dir, spec=spec, results=scored, directions=self.directions,
+        write_report(self.run_dir, spec=spec, results=scored(final["results"]), directions=self.directions,
                      summary=final["summary"], plots=plots)
         from mtlzoo.build import save as save_model
 
@@ -396,9 +394,8 @@ class Trainer:
     def _print_epoch(self, results: dict[str, dict[str, float]], summary: dict[str, float]) -> None:
         if not self.is_main or not self.config.progress:
             return
-        line = " | ".join(
-            f"{t}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k != "loss") for t, r in results.items()
-        )
+        line = " | ".join(f"{t}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items())
+                          for t, r in scored(results).items())
         extra = ""
         if "delta_p" in summary:
             extra = f" | Δp {summary['delta_p']:+.2f}% (↑) Δm {summary['delta_m']:+.2f}% (↓)"
@@ -460,8 +457,7 @@ class Trainer:
         self.best, self.history = state["best"], state["history"]
 
     def results_markdown(self, final: dict[str, Any]) -> str:
-        scored = {t: {k: v for k, v in r.items() if k != "loss"} for t, r in final["results"].items()}
-        return results_table(scored, self.directions)
+        return results_table(scored(final["results"]), self.directions)
 
 
 def single_task_baselines(config: TrainConfig) -> dict[str, Any]:
@@ -483,7 +479,7 @@ def single_task_baselines(config: TrainConfig) -> dict[str, Any]:
         cfg = replace(config, model=specs.format(single), weighting="ew", single_task=False, baseline=None,
                       run_dir=str(root / "single_task" / name), plots=False)
         final = Trainer(cfg).fit()
-        results[name] = {k: v for k, v in final["results"][name].items() if k != "loss"}
+        results[name] = scored(final["results"])[name]
     out = {"results": results, "data": specs.format(specs.coerce(config.data)), "model": specs.format(ref)}
     if dist_utils.is_main():
         root.mkdir(parents=True, exist_ok=True)
